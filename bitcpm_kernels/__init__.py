@@ -10,12 +10,20 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # torch_npu registers a torch.backends entry point that `import torch` loads
-# automatically (torch >= 2.5); without the CANN libraries that import fails
-# and takes torch down with it. Only a process that can use the NPU should
-# autoload it, so turn autoload off unless the user set it explicitly.
-os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
+# automatically (torch >= 2.5). Where torch_npu is installed without the CANN
+# libraries that import fails and takes torch down with it. When this package
+# is imported before torch on a machine with no CANN environment
+# (set_env.sh of CANN sets ASCEND_HOME_PATH or ASCEND_TOOLKIT_HOME), autoload
+# is turned off unless the user set it. It has no effect once torch is imported.
+if (
+    "torch" not in sys.modules
+    and not os.environ.get("ASCEND_HOME_PATH")
+    and not os.environ.get("ASCEND_TOOLKIT_HOME")
+):
+    os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
 
 from . import reference  # noqa: E402
 from ._backend import backend_info, get_backend, set_backend  # noqa: E402

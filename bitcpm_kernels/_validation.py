@@ -51,7 +51,7 @@ def check_eps(eps: float) -> None:
 
 
 def check_finite_scales(name: str, scales: torch.Tensor, tensor: torch.Tensor) -> None:
-    """Raise when a scale is NaN or inf, which happens exactly when its group is not finite.
+    """Raise when a scale is NaN or inf: its group holds a NaN or inf, or its mean overflows.
 
     Checking the small scale tensor instead of the whole weight keeps the check
     off the hot path; the full tensor is read only to build the error message.

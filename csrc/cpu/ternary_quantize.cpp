@@ -5,11 +5,12 @@
 //   Q     = clamp(round_half_to_even(W / s), -1, 1)     -> int8 codes
 //   W_hat = Q * s, converted to the requested dtype
 //
-// Memory: one read of W to sum |W| per group (double accumulators, fixed lane
-// order), a second read of the same group (from cache when the group fits in
-// L2) to write the int8 codes and, for the fake-quantize entry point, W_hat.
-// Work is split over groups with at::parallel_for; one thread owns a whole
-// group, so scales and codes are the same for every thread count.
+// Memory: each group is read from memory once to sum |W| (double
+// accumulators, fixed lane order) and read again from cache to write the int8
+// codes or, for the fake-quantize entry point, W_hat in the GEMM dtype. Only
+// group_size == 0 reads W from memory twice: its one scale needs the whole
+// tensor first. Work is split over groups with at::parallel_for; one thread
+// owns a whole group, so scales and codes are the same for every thread count.
 #include "kernels.h"
 #include "simd.h"
 
@@ -88,44 +89,51 @@ struct GroupJob {
   int64_t end;
 };
 
-template <typename T>
-BITCPM_INLINE void group_scales(const T* w, const GroupJob& job, float eps, float* scales) {
-  for (int64_t g = job.begin; g < job.end; ++g) {
-    scales[g] = scale_from_sum(sum_abs(w + g * job.group_len, job.group_len), job.group_len, eps);
-  }
-}
-
 // Per-dtype, per-ISA entry points. The bodies are identical; the AVX2 copies
 // differ only in the target attribute, which lets GCC vectorize the inlined
-// loops with 256-bit registers.
-#define BITCPM_DEFINE_GROUP_KERNELS(SUFFIX, ATTR)                                            \
-  template <typename T>                                                                      \
-  ATTR void scales_##SUFFIX(const T* w, GroupJob job, float eps, float* scales) {           \
-    group_scales(w, job, eps, scales);                                                       \
-  }                                                                                          \
-  template <typename T>                                                                      \
-  ATTR void codes_##SUFFIX(const T* w, GroupJob job, const float* scales, int64_t scale_step, \
-                           int8_t* codes) {                                                  \
-    for (int64_t g = job.begin; g < job.end; ++g) {                                          \
-      quantize_group_codes(w + g * job.group_len, job.group_len, scales[g * scale_step],      \
-                           codes + g * job.group_len);                                       \
-    }                                                                                        \
-  }                                                                                          \
-  template <typename T>                                                                      \
-  ATTR void float_##SUFFIX(const T* w, GroupJob job, const float* scales, int64_t scale_step, \
-                           float* w_hat) {                                                   \
-    for (int64_t g = job.begin; g < job.end; ++g) {                                          \
-      quantize_group_float(w + g * job.group_len, job.group_len, scales[g * scale_step],      \
-                           w_hat + g * job.group_len);                                       \
-    }                                                                                        \
-  }                                                                                          \
-  template <typename T, typename Out>                                                        \
-  ATTR void half_##SUFFIX(const T* w, GroupJob job, const float* scales, int64_t scale_step,  \
-                          uint16_t* w_hat) {                                                 \
-    for (int64_t g = job.begin; g < job.end; ++g) {                                          \
-      quantize_group_half<T, Out>(w + g * job.group_len, job.group_len,                      \
-                                  scales[g * scale_step], w_hat + g * job.group_len);        \
-    }                                                                                        \
+// loops with 256-bit registers. Each one handles groups [begin, end): it sums
+// a group and quantizes it right away, while the group is still in cache.
+// With scale_step == 0 the scale is given (scales[0], the per-tensor case)
+// and only the second half runs.
+#define BITCPM_DEFINE_GROUP_KERNELS(SUFFIX, ATTR)                                             \
+  template <typename T>                                                                       \
+  ATTR void codes_##SUFFIX(const T* w, GroupJob job, float eps, float* scales,               \
+                           int64_t scale_step, int8_t* codes) {                               \
+    for (int64_t g = job.begin; g < job.end; ++g) {                                           \
+      const T* group = w + g * job.group_len;                                                 \
+      float scale = scales[0];                                                                \
+      if (scale_step != 0) {                                                                  \
+        scale = scale_from_sum(sum_abs(group, job.group_len), job.group_len, eps);            \
+        scales[g] = scale;                                                                    \
+      }                                                                                       \
+      quantize_group_codes(group, job.group_len, scale, codes + g * job.group_len);           \
+    }                                                                                         \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  ATTR void float_##SUFFIX(const T* w, GroupJob job, float eps, float* scales,              \
+                           int64_t scale_step, float* w_hat) {                                \
+    for (int64_t g = job.begin; g < job.end; ++g) {                                           \
+      const T* group = w + g * job.group_len;                                                 \
+      float scale = scales[0];                                                                \
+      if (scale_step != 0) {                                                                  \
+        scale = scale_from_sum(sum_abs(group, job.group_len), job.group_len, eps);            \
+        scales[g] = scale;                                                                    \
+      }                                                                                       \
+      quantize_group_float(group, job.group_len, scale, w_hat + g * job.group_len);           \
+    }                                                                                         \
+  }                                                                                           \
+  template <typename T, typename Out>                                                         \
+  ATTR void half_##SUFFIX(const T* w, GroupJob job, float eps, float* scales,               \
+                          int64_t scale_step, uint16_t* w_hat) {                              \
+    for (int64_t g = job.begin; g < job.end; ++g) {                                           \
+      const T* group = w + g * job.group_len;                                                 \
+      float scale = scales[0];                                                                \
+      if (scale_step != 0) {                                                                  \
+        scale = scale_from_sum(sum_abs(group, job.group_len), job.group_len, eps);            \
+        scales[g] = scale;                                                                    \
+      }                                                                                       \
+      quantize_group_half<T, Out>(group, job.group_len, scale, w_hat + g * job.group_len);    \
+    }                                                                                         \
   }
 
 BITCPM_DEFINE_GROUP_KERNELS(avx2, BITCPM_TARGET_AVX2)
@@ -141,39 +149,23 @@ int64_t grain_groups(int64_t group_len) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, group_len));
 }
 
-// Computes the float32 scales of a contiguous weight into `scales`.
+// Computes the single scale of group_size == 0 into scales[0]: per-row sums
+// in double, added in row order on one thread so that the total does not
+// depend on the thread count. This is the only case that reads W twice from
+// memory, because no code can be written before the whole tensor is summed.
 template <typename T>
-void compute_scales(const T* w, int64_t n_rows, int64_t k, int64_t group_size, float eps,
-                    float* scales) {
-  const bool avx2 = cpu_has_avx2();
-
-  if (group_size == 0) {
-    // One group for the whole tensor: per-row sums in double, added in row
-    // order on one thread so the total does not depend on the thread count.
-    std::vector<double> row_sums(n_rows);
-    at::parallel_for(0, n_rows, grain_groups(k), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        row_sums[r] = sum_abs(w + r * k, k);
-      }
-    });
-    double total = 0.0;
-    for (int64_t r = 0; r < n_rows; ++r) {
-      total += row_sums[r];
-    }
-    scales[0] = scale_from_sum(total, n_rows * k, eps);
-    return;
-  }
-
-  const int64_t group_len = group_size == -1 ? k : group_size;
-  const int64_t n_groups = n_rows * (k / group_len);
-  at::parallel_for(0, n_groups, grain_groups(group_len), [&](int64_t begin, int64_t end) {
-    GroupJob job{group_len, begin, end};
-    if (avx2) {
-      scales_avx2(w, job, eps, scales);
-    } else {
-      scales_generic(w, job, eps, scales);
+void compute_tensor_scale(const T* w, int64_t n_rows, int64_t k, float eps, float* scales) {
+  std::vector<double> row_sums(n_rows);
+  at::parallel_for(0, n_rows, grain_groups(k), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      row_sums[r] = sum_abs(w + r * k, k);
     }
   });
+  double total = 0.0;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    total += row_sums[r];
+  }
+  scales[0] = scale_from_sum(total, n_rows * k, eps);
 }
 
 // Groups used by the second pass: for group_size == 0 the work is split by
@@ -231,56 +223,57 @@ at::Tensor allocate_scales(const at::Tensor& w, int64_t group_size) {
   return at::empty({n, k / group_size}, w.options().dtype(at::kFloat));
 }
 
-template <typename T>
-at::Tensor scales_for(const at::Tensor& w, int64_t group_size, double eps) {
-  at::Tensor scales = allocate_scales(w, group_size);
-  compute_scales(w.const_data_ptr<T>(), w.size(0), w.size(1), group_size,
-                 static_cast<float>(eps), scales.mutable_data_ptr<float>());
-  check_scales_finite(scales, w);
-  return scales;
-}
-
-template <typename T>
-void write_codes(const at::Tensor& w, const at::Tensor& scales, int64_t group_size,
-                 at::Tensor& codes) {
+// Fills `scales` and runs `body(job, scale_step)` over every group in
+// parallel. For group_size == 0 the scale is computed first and the groups
+// are rows that all read scales[0].
+template <typename T, typename Body>
+void for_each_group(const at::Tensor& w, int64_t group_size, double eps, at::Tensor& scales,
+                    const Body& body) {
   const SecondPass layout = second_pass_layout(w.size(0), w.size(1), group_size);
-  const T* src = w.const_data_ptr<T>();
-  const float* scale_ptr = scales.const_data_ptr<float>();
-  int8_t* dst = codes.mutable_data_ptr<int8_t>();
-  const bool avx2 = cpu_has_avx2();
+  if (group_size == 0) {
+    compute_tensor_scale(w.const_data_ptr<T>(), w.size(0), w.size(1), static_cast<float>(eps),
+                         scales.mutable_data_ptr<float>());
+  }
   at::parallel_for(0, layout.n_groups, grain_groups(layout.group_len), [&](int64_t b, int64_t e) {
-    GroupJob job{layout.group_len, b, e};
-    if (avx2) {
-      codes_avx2(src, job, scale_ptr, layout.scale_step, dst);
-    } else {
-      codes_generic(src, job, scale_ptr, layout.scale_step, dst);
-    }
+    body(GroupJob{layout.group_len, b, e}, layout.scale_step);
   });
 }
 
 template <typename T>
-void write_w_hat(const at::Tensor& w, const at::Tensor& scales, int64_t group_size,
-                 at::Tensor& w_hat) {
-  const SecondPass layout = second_pass_layout(w.size(0), w.size(1), group_size);
+void quantize_to_codes(const at::Tensor& w, int64_t group_size, double eps, at::Tensor& scales,
+                       at::Tensor& codes) {
   const T* src = w.const_data_ptr<T>();
-  const float* scale_ptr = scales.const_data_ptr<float>();
+  float* scale_ptr = scales.mutable_data_ptr<float>();
+  int8_t* dst = codes.mutable_data_ptr<int8_t>();
+  const float eps_f = static_cast<float>(eps);
+  const bool avx2 = cpu_has_avx2();
+  for_each_group<T>(w, group_size, eps, scales, [&](GroupJob job, int64_t step) {
+    avx2 ? codes_avx2(src, job, eps_f, scale_ptr, step, dst)
+         : codes_generic(src, job, eps_f, scale_ptr, step, dst);
+  });
+}
+
+template <typename T>
+void quantize_to_w_hat(const at::Tensor& w, int64_t group_size, double eps, at::Tensor& scales,
+                       at::Tensor& w_hat) {
+  const T* src = w.const_data_ptr<T>();
+  float* scale_ptr = scales.mutable_data_ptr<float>();
+  const float eps_f = static_cast<float>(eps);
   const at::ScalarType out_type = w_hat.scalar_type();
   const bool avx2 = cpu_has_avx2();
-  at::parallel_for(0, layout.n_groups, grain_groups(layout.group_len), [&](int64_t b, int64_t e) {
-    GroupJob job{layout.group_len, b, e};
-    const int64_t step = layout.scale_step;
+  for_each_group<T>(w, group_size, eps, scales, [&](GroupJob job, int64_t step) {
     if (out_type == at::kFloat) {
       float* dst = w_hat.mutable_data_ptr<float>();
-      avx2 ? float_avx2(src, job, scale_ptr, step, dst)
-           : float_generic(src, job, scale_ptr, step, dst);
+      avx2 ? float_avx2(src, job, eps_f, scale_ptr, step, dst)
+           : float_generic(src, job, eps_f, scale_ptr, step, dst);
     } else if (out_type == at::kBFloat16) {
       auto* dst = reinterpret_cast<uint16_t*>(w_hat.mutable_data_ptr<c10::BFloat16>());
-      avx2 ? half_avx2<T, c10::BFloat16>(src, job, scale_ptr, step, dst)
-           : half_generic<T, c10::BFloat16>(src, job, scale_ptr, step, dst);
+      avx2 ? half_avx2<T, c10::BFloat16>(src, job, eps_f, scale_ptr, step, dst)
+           : half_generic<T, c10::BFloat16>(src, job, eps_f, scale_ptr, step, dst);
     } else {
       auto* dst = reinterpret_cast<uint16_t*>(w_hat.mutable_data_ptr<c10::Half>());
-      avx2 ? half_avx2<T, c10::Half>(src, job, scale_ptr, step, dst)
-           : half_generic<T, c10::Half>(src, job, scale_ptr, step, dst);
+      avx2 ? half_avx2<T, c10::Half>(src, job, eps_f, scale_ptr, step, dst)
+           : half_generic<T, c10::Half>(src, job, eps_f, scale_ptr, step, dst);
     }
   });
 }
@@ -302,12 +295,13 @@ std::tuple<at::Tensor, at::Tensor> ternary_quantize(const at::Tensor& w_in, int6
   check_weight_for_kernel(w_in, group_size, eps);
   const at::Tensor w = w_in.contiguous();
   at::Tensor codes = at::empty(w.sizes(), w.options().dtype(at::kChar));
-  at::Tensor scales;
+
+  at::Tensor scales = allocate_scales(w, group_size);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "ternary_quantize", [&] {
-    scales = scales_for<scalar_t>(w, group_size, eps);
-    write_codes<scalar_t>(w, scales, group_size, codes);
+    quantize_to_codes<scalar_t>(w, group_size, eps, scales, codes);
   });
+  check_scales_finite(scales, w);
   return {codes, scales};
 }
 
@@ -319,10 +313,12 @@ at::Tensor fake_quantize_weight(const at::Tensor& w_in, int64_t group_size, doub
   const at::Tensor w = w_in.contiguous();
   at::Tensor w_hat = at::empty(w.sizes(), w.options().dtype(out_dtype));
 
+  at::Tensor scales = allocate_scales(w, group_size);
+
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "fake_quantize_weight", [&] {
-    at::Tensor scales = scales_for<scalar_t>(w, group_size, eps);
-    write_w_hat<scalar_t>(w, scales, group_size, w_hat);
+    quantize_to_w_hat<scalar_t>(w, group_size, eps, scales, w_hat);
   });
+  check_scales_finite(scales, w);
   return w_hat;
 }
 
