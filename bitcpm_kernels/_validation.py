@@ -30,9 +30,15 @@ def check_weight(w: torch.Tensor, group_size: int) -> None:
     check_group_size(group_size, w.shape[1])
 
 
-def check_group_size(group_size: int, in_features: int) -> None:
+def check_group_size_type(group_size: int) -> None:
+    # The op schema converts True to 1 before the op body runs, so the public
+    # wrappers check the Python type first.
     if not isinstance(group_size, int) or isinstance(group_size, bool):
         raise TypeError(f"group_size must be an int, got {group_size!r}")
+
+
+def check_group_size(group_size: int, in_features: int) -> None:
+    check_group_size_type(group_size)
     if group_size < -1:
         raise ValueError(
             f"group_size={group_size} is invalid: use -1 (one group per row), "

@@ -187,6 +187,7 @@ def ternary_quantize(
     tensor, or a divisor g of K for K / g scales per row. Raises ``ValueError``
     for a non-finite weight or a group size that does not divide K.
     """
+    _validation.check_group_size_type(group_size)
     return torch.ops.bitcpm.ternary_quantize(w, group_size, eps)
 
 
@@ -197,6 +198,7 @@ def ternary_dequantize(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Expand codes and scales from :func:`ternary_quantize` to a dense (N, K) weight."""
+    _validation.check_group_size_type(group_size)
     return torch.ops.bitcpm.ternary_dequantize(codes, scales, group_size, dtype)
 
 
@@ -214,4 +216,5 @@ def ternary_linear(
     dtype on one device. ``act_bits=8`` also fake-quantizes ``x`` per token.
     Gradients equal autograd's for ``W + (W_hat - W).detach()``.
     """
+    _validation.check_group_size_type(group_size)
     return torch.ops.bitcpm.ternary_linear(x, w, bias, group_size, eps, act_bits)

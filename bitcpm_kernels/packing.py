@@ -30,7 +30,7 @@ def pack_ternary(codes: torch.Tensor) -> torch.Tensor:
 
     n, k = codes.shape
     padded = F.pad(codes, (0, packed_columns(k) * CODES_PER_BYTE - k))
-    two_bit = (padded.to(torch.uint8) & 0b11).reshape(n, -1, CODES_PER_BYTE)
+    two_bit = (padded.to(torch.uint8) & 0b11).reshape(n, packed_columns(k), CODES_PER_BYTE)
     shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=codes.device)
     return (two_bit << shifts).sum(dim=-1, dtype=torch.uint8)
 
@@ -54,4 +54,5 @@ def unpack_ternary(packed: torch.Tensor, in_features: int) -> torch.Tensor:
         raise ValueError("packed codes contain the invalid 2-bit pattern 0b10; the data is corrupt")
     # Sign-extend the 2-bit two's complement value: 0 -> 0, 1 -> 1, 3 -> -1.
     codes = (two_bit.to(torch.int8) ^ 0b10) - 0b10
-    return codes.reshape(packed.shape[0], -1)[:, :in_features].contiguous()
+    columns = packed.shape[1] * CODES_PER_BYTE
+    return codes.reshape(packed.shape[0], columns)[:, :in_features].contiguous()

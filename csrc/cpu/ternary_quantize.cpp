@@ -47,7 +47,9 @@ BITCPM_INLINE float scale_from_sum(double sum_abs_value, int64_t count, float ep
   // an exact float32 mean would give; the reference's float32 sum differs from
   // it only by summation order.
   float mean = static_cast<float>(sum_abs_value / static_cast<double>(count));
-  return mean > eps ? mean : eps;  // a NaN mean stays NaN and is reported
+  // Written so that a NaN mean fails the comparison and stays NaN, which
+  // check_scales_finite then reports.
+  return mean <= eps ? eps : mean;
 }
 
 template <typename T>
