@@ -78,7 +78,7 @@ class ConvertOptions:
 
 @dataclass
 class ConvertReport:
-    """What a conversion wrote."""
+    """Summary of one conversion: the tensors quantized and copied, and the files written."""
 
     output: Path
     quantized: list[str] = field(default_factory=list)
@@ -92,7 +92,7 @@ class ConvertReport:
 
 @dataclass
 class CheckpointLayout:
-    """Where a checkpoint's tensors live: shard files in order, and an optional index."""
+    """Location of a checkpoint's tensors: the shard files in order, and an optional index."""
 
     shards: list[Path]
     fmt: str  # "safetensors" or "bin"
@@ -187,12 +187,12 @@ def _shard_tensor_count(path: Path, fmt: str) -> int | None:
 
 
 def is_quantized_name(name: str, include: tuple[str, ...] = DEFAULT_INCLUDE) -> bool:
-    """Whether the tensor `name` is one that `BitLinear` quantizes."""
+    """Return whether the tensor `name` is one that `BitLinear` quantizes."""
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in include)
 
 
 def looks_pseudo_quantized(weight: torch.Tensor, group_size: int = -1) -> bool:
-    """Whether every group of `weight` contains only the values 0, -s and +s for one s.
+    """Check whether every group of `weight` contains only the values 0, -s and +s for one s.
 
     That is what the ternary quantizer writes, so such a weight has at most
     three distinct values per group. Groups are rows for `group_size` -1 and
@@ -431,7 +431,7 @@ def _resolve_quantizer_settings(layout: CheckpointLayout, options: ConvertOption
 
 
 def _is_weight_file(path: Path, layout: CheckpointLayout) -> bool:
-    """Whether `path` is a checkpoint file that must not be copied next to the output."""
+    """Return whether `path` is a checkpoint file that must not be copied next to the output."""
     if path in layout.shards or path == layout.index_path:
         return True
     return path.suffix in (".bin", ".safetensors", ".pt", ".pth") or path.name.endswith(".index.json")
@@ -564,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     options = ConvertOptions(
