@@ -57,7 +57,7 @@ def check_eps(eps: float) -> None:
 
 
 def check_finite_scales(name: str, scales: torch.Tensor, tensor: torch.Tensor) -> None:
-    """Raise when a scale is NaN or inf: its group holds a NaN or inf, or its mean overflows.
+    """Raise when a scale is NaN or inf: its group contains a NaN or inf, or its mean overflows.
 
     Checking the small scale tensor instead of the whole weight keeps the check
     off the hot path; the full tensor is read only to build the error message.
@@ -131,7 +131,7 @@ def check_linear_inputs(
 
 
 def check_codes(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> None:
-    """Check int8 codes and float32 scales against the scale-shape table of the design."""
+    """Check that int8 codes and float32 scales fit together for this group_size."""
     if codes.dtype != torch.int8 or codes.dim() != 2:
         raise TypeError(
             f"codes must be a 2-D int8 tensor, got dtype {codes.dtype} and shape {tuple(codes.shape)}"
