@@ -93,8 +93,11 @@ def select(device_type: str) -> ModuleType:
 
     if device_type not in _logged:
         _logged.add(device_type)
-        logger.info("bitcpm_kernels: %s tensors use the %s backend: %s",
-                    device_type, module.NAME, reason)
+        # The CPU kernels are always built, so falling back from them means a
+        # broken install, or the source tree imported in place of the build.
+        fell_back = device_type == "cpu" and module is _reference_backend and _requested == "auto"
+        log = logger.warning if fell_back else logger.info
+        log("bitcpm_kernels: %s tensors use the %s backend: %s", device_type, module.NAME, reason)
     return module
 
 

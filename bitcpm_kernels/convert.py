@@ -163,8 +163,21 @@ def _read_shard(path: Path, fmt: str) -> Iterator[tuple[str, torch.Tensor]]:
     mmap = zipfile.is_zipfile(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
-        raise ConversionError(f"{path}: cannot read torch checkpoint ({err})") from err
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+    ) as err:
+        # A file that is not a torch checkpoint can fail inside the unpickler
+        # with any of these. Each one means the file is unreadable.
+        raise ConversionError(f"{path}: cannot read torch checkpoint ({err!r})") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError(f"{path}: not a state dict of tensors")
     yield from state.items()
@@ -213,6 +226,36 @@ def looks_pseudo_quantized(weight: torch.Tensor, group_size: int = -1) -> bool:
     return bool(one_magnitude.all())
 
 
+# Rows checked first: a latent weight fails the check on them almost always,
+# so the whole tensor is read only for weights that really look quantized.
+_SAMPLE_ROWS = 64
+
+
+def pseudo_quantized_group(weight: torch.Tensor, group_size: int) -> int | None:
+    """Return a group size under which `weight` looks pseudo-quantized, or None.
+
+    A checkpoint converted with a finer grouping than the one requested now
+    (group_size=16, then -1) has more than three values per row, so the check
+    also tries per-row groups and every power-of-two group size that divides K.
+    """
+    k = weight.shape[1] if weight.dim() == 2 else 0
+    powers = []
+    size = 2
+    while size < k:
+        if k % size == 0:
+            powers.append(size)
+        size *= 2
+    # Largest first, so the error names the grouping the weight was made with
+    # rather than a finer one that it satisfies as well.
+    candidates = [group_size, -1, *reversed(powers)]
+
+    sample = weight[:_SAMPLE_ROWS]
+    for candidate in dict.fromkeys(candidates):
+        if looks_pseudo_quantized(sample, candidate) and looks_pseudo_quantized(weight, candidate):
+            return candidate
+    return None
+
+
 def quantize_tensor(name: str, weight: torch.Tensor, options: ConvertOptions) -> dict[str, torch.Tensor]:
     """Quantize one projection weight into the output tensors of the chosen format."""
     import bitcpm_kernels as bk
@@ -226,11 +269,12 @@ def quantize_tensor(name: str, weight: torch.Tensor, options: ConvertOptions) ->
         raise ConversionError(
             f"{name}: K={k} is not a multiple of group_size={options.group_size}; choose a group size that divides K"
         )
-    if not options.force and looks_pseudo_quantized(weight, options.group_size):
+    quantized_group = None if options.force else pseudo_quantized_group(weight, options.group_size)
+    if quantized_group is not None:
         raise ConversionError(
-            f"{name}: the weight already has at most three distinct values per group, so the "
-            "checkpoint looks pseudo-quantized. Quantizing it again would shrink the scales. "
-            "Convert the QAT checkpoint instead, or pass --force."
+            f"{name}: with group_size={quantized_group} the weight has at most three distinct "
+            "values per group, so the checkpoint looks pseudo-quantized. Quantizing it again "
+            "would shrink the scales. Convert the QAT checkpoint instead, or pass --force."
         )
 
     try:
@@ -350,6 +394,11 @@ def convert_checkpoint(input_path: str | os.PathLike, output: str | os.PathLike,
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    # mkdtemp creates the folder with mode 0700; the renamed output should get
+    # the permissions of any folder the user creates.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
     try:
         weight_map: dict[str, str] = {}
         total_size = 0
@@ -407,6 +456,18 @@ def _resolve_quantizer_settings(layout: CheckpointLayout, options: ConvertOption
             config = json.loads(config_path.read_text())
         except ValueError as err:
             raise ConversionError(f"{config_path}: invalid JSON ({err})") from err
+
+    if "bitcpm_packed" in config:
+        raise ConversionError(
+            f"{layout.folder} is already packed (its config.json has bitcpm_packed); "
+            "convert the QAT checkpoint instead"
+        )
+    if config.get("weight_format") == "pseudo_quantized" and not options.force:
+        raise ConversionError(
+            f"{layout.folder} is already pseudo-quantized (its config.json has "
+            "weight_format='pseudo_quantized'), and quantizing it again would shrink the scales. "
+            "Convert the QAT checkpoint instead, or pass --force."
+        )
 
     for option, key, default in (("group_size", "quant_group_size", -1), ("eps", "quant_eps", 1e-5)):
         trained = config.get(key)

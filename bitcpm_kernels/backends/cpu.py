@@ -36,7 +36,13 @@ def gemm_dtype(dtype: torch.dtype) -> torch.dtype:
     are widened to float32 and the result rounded back once.
     ``BITCPM_CPU_GEMM_DTYPE=input`` keeps the input dtype instead.
     """
-    if dtype == torch.float32 or os.environ.get("BITCPM_CPU_GEMM_DTYPE") == "input":
+    choice = os.environ.get("BITCPM_CPU_GEMM_DTYPE", "auto").strip().lower() or "auto"
+    if choice not in ("auto", "input"):
+        raise ValueError(
+            f"BITCPM_CPU_GEMM_DTYPE={choice!r} is invalid: use 'auto' (float32 where the CPU has "
+            f"no native 16-bit GEMM) or 'input' (always the input dtype)"
+        )
+    if dtype == torch.float32 or choice == "input":
         return dtype
     return dtype if _native_16bit_gemm(dtype) else torch.float32
 
