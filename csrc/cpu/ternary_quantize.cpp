@@ -91,6 +91,19 @@ struct GroupJob {
   int64_t end;
 };
 
+// Scale of group g, computed and stored; with scale_step == 0 the per-tensor
+// scale in scales[0] instead.
+template <typename T>
+BITCPM_INLINE float group_scale(const T* group, const GroupJob& job, int64_t g, float eps,
+                                float* scales, int64_t scale_step) {
+  if (scale_step == 0) {
+    return scales[0];
+  }
+  const float scale = scale_from_sum(sum_abs(group, job.group_len), job.group_len, eps);
+  scales[g] = scale;
+  return scale;
+}
+
 // Per-dtype, per-ISA entry points. The bodies are identical; the AVX2 copies
 // differ only in the target attribute, which lets GCC vectorize the inlined
 // loops with 256-bit registers. Each one handles groups [begin, end): it sums
@@ -103,11 +116,7 @@ struct GroupJob {
                            int64_t scale_step, int8_t* codes) {                               \
     for (int64_t g = job.begin; g < job.end; ++g) {                                           \
       const T* group = w + g * job.group_len;                                                 \
-      float scale = scales[0];                                                                \
-      if (scale_step != 0) {                                                                  \
-        scale = scale_from_sum(sum_abs(group, job.group_len), job.group_len, eps);            \
-        scales[g] = scale;                                                                    \
-      }                                                                                       \
+      const float scale = group_scale(group, job, g, eps, scales, scale_step);                \
       quantize_group_codes(group, job.group_len, scale, codes + g * job.group_len);           \
     }                                                                                         \
   }                                                                                           \
@@ -116,11 +125,7 @@ struct GroupJob {
                            int64_t scale_step, float* w_hat) {                                \
     for (int64_t g = job.begin; g < job.end; ++g) {                                           \
       const T* group = w + g * job.group_len;                                                 \
-      float scale = scales[0];                                                                \
-      if (scale_step != 0) {                                                                  \
-        scale = scale_from_sum(sum_abs(group, job.group_len), job.group_len, eps);            \
-        scales[g] = scale;                                                                    \
-      }                                                                                       \
+      const float scale = group_scale(group, job, g, eps, scales, scale_step);                \
       quantize_group_float(group, job.group_len, scale, w_hat + g * job.group_len);           \
     }                                                                                         \
   }                                                                                           \
@@ -129,11 +134,7 @@ struct GroupJob {
                           int64_t scale_step, uint16_t* w_hat) {                              \
     for (int64_t g = job.begin; g < job.end; ++g) {                                           \
       const T* group = w + g * job.group_len;                                                 \
-      float scale = scales[0];                                                                \
-      if (scale_step != 0) {                                                                  \
-        scale = scale_from_sum(sum_abs(group, job.group_len), job.group_len, eps);            \
-        scales[g] = scale;                                                                    \
-      }                                                                                       \
+      const float scale = group_scale(group, job, g, eps, scales, scale_step);                \
       quantize_group_half<T, Out>(group, job.group_len, scale, w_hat + g * job.group_len);    \
     }                                                                                         \
   }
