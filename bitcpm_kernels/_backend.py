@@ -117,27 +117,28 @@ def backend_info() -> dict[str, dict[str, str]]:
     else:
         info["cpu"] = {"backend": "reference", "reason": cpu.error or "unknown"}
 
-    npu_state = _native.get("npu")
-    if _requested == "reference":
-        info["npu"] = {"backend": "reference", "reason": f"forced by {ENV_VAR} or set_backend()"}
-    elif npu_state is not None and npu_state.module is not None:
-        info["npu"] = {"backend": "npu", "reason": "AscendC kernels loaded"}
-    elif importlib.util.find_spec("bitcpm_kernels._npu_C") is None:
-        info["npu"] = {
-            "backend": "reference",
-            "reason": "the AscendC kernels were not built (no CANN toolkit at install time)",
-        }
-    else:
-        info["npu"] = {
-            "backend": "npu (not loaded yet)" if npu_state is None else "reference",
-            "reason": "built; loads on the first npu tensor"
-            if npu_state is None
-            else (npu_state.error or "unknown"),
-        }
+    info["npu"] = _npu_info()
 
     info["other"] = {"backend": "reference", "reason": "no native kernels for other devices"}
     info["requested"] = {"backend": _requested, "reason": f"{ENV_VAR} / set_backend()"}
     return info
+
+
+def _npu_info() -> dict[str, str]:
+    # Loading the NPU backend imports torch_npu, so it is only looked up here.
+    state = _native.get("npu")
+    if _requested == "reference":
+        return {"backend": "reference", "reason": f"forced by {ENV_VAR} or set_backend()"}
+    if state is not None and state.module is not None:
+        return {"backend": "npu", "reason": "AscendC kernels loaded"}
+    if state is not None:
+        return {"backend": "reference", "reason": state.error or "unknown"}
+    if importlib.util.find_spec("bitcpm_kernels._npu_C") is None:
+        return {
+            "backend": "reference",
+            "reason": "the AscendC kernels were not built (no CANN toolkit at install time)",
+        }
+    return {"backend": "npu (not loaded yet)", "reason": "built; loads on the first npu tensor"}
 
 
 _requested = _choice_from_env()

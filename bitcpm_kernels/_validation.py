@@ -60,7 +60,7 @@ def check_finite_scales(name: str, scales: torch.Tensor, tensor: torch.Tensor) -
     """Raise when a scale is NaN or inf: its group contains a NaN or inf, or its mean overflows.
 
     Checking the small scale tensor instead of the whole weight keeps the check
-    off the hot path; the full tensor is read only to build the error message.
+    off the hot path. The full tensor is read only to build the error message.
     """
     if scales.numel() == 0 or scales.device.type == "meta":
         return

@@ -11,8 +11,8 @@ Shapes, with ``N = out_features``, ``K = in_features`` and ``G`` groups per row:
                             grad_bias (N,); masked entries are empty tensors
 ==========================  ================================================
 
-One implementation serves every device: it asks ``_backend.select`` for the
-kernels of the tensor's device type (fused C++ on CPU, AscendC on NPU, the
+One implementation serves every device. It calls ``_backend.select`` to get
+the kernels of the tensor's device type (fused C++ on CPU, AscendC on NPU, the
 eager reference elsewhere or when forced). Autograd saves only ``x`` and the
 latent ``w``; the backward recomputes the codes, so nothing weight-sized is
 created in forward and kept alive for backward.

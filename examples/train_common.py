@@ -183,7 +183,7 @@ def build_tiny_tokenizer():
 
 
 def build_tiny_model(tokenizer):
-    """A 2-layer BitCPM model with MiniCPM's scalings, sized for the byte-level tokenizer."""
+    """Build a 2-layer BitCPM model with MiniCPM's scalings, sized for the byte-level tokenizer."""
     from bitcpm_kernels.models import BitCPMConfig, BitCPMForCausalLM
 
     config = BitCPMConfig(
@@ -288,7 +288,14 @@ class Engine:
         self.args = args
         self.ctx = ctx
         self.micro_step = 0
-        self.kind = "deepspeed" if args.deepspeed else "fsdp2" if args.fsdp2 else "ddp" if ctx.world_size > 1 else "single"
+        if args.deepspeed:
+            self.kind = "deepspeed"
+        elif args.fsdp2:
+            self.kind = "fsdp2"
+        elif ctx.world_size > 1:
+            self.kind = "ddp"
+        else:
+            self.kind = "single"
 
         if self.kind == "deepspeed":
             import deepspeed

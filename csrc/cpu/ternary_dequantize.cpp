@@ -1,6 +1,6 @@
 // Ternary dequantizer for the CPU: W_hat = (Q * s).to(dtype), per group.
 //
-// Memory: one read of the int8 codes, one write of W_hat; the scale of a
+// Memory: one read of the int8 codes and one write of W_hat. The scale of a
 // group is converted once, so each element is a select between +s, 0 and -s.
 #include "kernels.h"
 #include "simd.h"

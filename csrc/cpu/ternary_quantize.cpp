@@ -43,9 +43,9 @@ BITCPM_INLINE double sum_abs(const T* w, int64_t n) {
 }
 
 BITCPM_INLINE float scale_from_sum(double sum_abs_value, int64_t count, float eps) {
-  // The mean is formed in double and rounded once to float32, the value that
-  // an exact float32 mean would give; the reference's float32 sum differs from
-  // it only by summation order.
+  // The mean is formed in double and rounded once to float32, which is the
+  // value an exact float32 mean would give. The reference's float32 sum differs
+  // from it only by summation order.
   float mean = static_cast<float>(sum_abs_value / static_cast<double>(count));
   // Written so that a NaN mean fails the comparison and stays NaN, which
   // check_scales_finite then reports.
